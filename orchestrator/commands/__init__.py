@@ -1,0 +1,1 @@
+"""One module per `progan` command; each defines `register(subparsers)`."""
