@@ -16,12 +16,8 @@ from gan.errors import UserError
 COMMAND_MODULES = [
     "prepare_data",
     "train",
-    "sweep",
-    "compare",
     "metrics",
-    "generate",
     "services",
-    "demo",
 ]
 
 EXIT_OK = 0
