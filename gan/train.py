@@ -13,12 +13,11 @@ import dataclasses
 import math
 from collections import defaultdict
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from gan.config import TrainConfig, config_to_dict
-from gan.dataset import Dataset, process_reals
+from gan.dataset import Dataset, RealSampler, process_reals
 from gan.ema import ema_beta, update_ema
 from gan.errors import ConfigError, TrainingError
 from gan.images import to_uint8
@@ -88,6 +87,7 @@ class Trainer:
 
         # All sampling (real indices, mirroring, latents, penalty mixing) goes through this generator.
         self.rng = torch.Generator().manual_seed(config.seed * 1000 + rank)
+        self.sampler = RealSampler(dataset, self.rng)
         self.nimg = 0  # real images shown to D over all workers
         self.step_index = 0
         self.schedule_nimg = 0  # where the schedule was last evaluated
@@ -168,9 +168,7 @@ class Trainer:
         return latents.to(self.device)
 
     def _sample_reals(self, count: int, state: GrowthState) -> torch.Tensor:
-        level = self.dataset.level(state.resolution)
-        indices = torch.randint(len(level), (count,), generator=self.rng).numpy()
-        batch = torch.from_numpy(np.asarray(level[np.sort(indices)]))
+        batch = self.sampler.sample(count, state.resolution)
         return process_reals(batch, state.lod, self.config.data.mirror, self.rng).to(self.device)
 
     def _apply_update(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, name: str) -> bool:

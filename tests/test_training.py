@@ -32,7 +32,7 @@ def tiny_dataset(tmp_path_factory):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(24, 1, 16, 16), dtype=np.uint8)
     path = tmp_path_factory.mktemp("data") / "tiny"
-    write_dataset(images, path, source="test:random")
+    write_dataset(path, images, source="test:random")
     return open_dataset(path)
 
 
