@@ -1,0 +1,89 @@
+"""`progan prepare-data`: turn images into the multi-resolution dataset that training reads."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from gan.errors import UserError
+from orchestrator.output import add_output_option, print_json, print_mapping, print_table
+
+DESCRIPTION = """\
+Turn images into a dataset folder: one uint8 array per resolution 4x4 .. RxR,
+each box-averaged from the full-resolution image, plus a dataset.json manifest.
+
+SRC is a folder of images (searched recursively, hidden files ignored), a .zip
+file of images, or builtin:lfw-faces (the first 100 LFW face crops shipped with
+scikit-image, resized to 32x32 grayscale). Each image is center-cropped to a
+square and resized to RxR with a Lanczos filter; images are never upsampled.
+Files that are unreadable, truncated, not images, smaller than R, in an
+unsupported mode (anything but 1, L, LA, P, PA, RGB, RGBA), with transparent
+pixels, or with the other channel count are skipped and listed by name.
+Nothing is left at DEST if the run fails.
+"""
+
+EPILOG = """\
+example:
+  progan prepare-data ~/photos/faces data/faces --resolution 128 --channels 3
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "prepare-data",
+        help="turn a folder, zip or built-in image set into a multi-resolution dataset",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("source", metavar="SRC",
+                        help="folder of images, .zip of images, or builtin:lfw-faces")
+    parser.add_argument("dest", metavar="DEST", help="dataset folder to create (a local path)")
+    parser.add_argument("--resolution", type=int, default=None, metavar="R",
+                        help="final resolution in pixels, a power of two >= 4 (default: the largest"
+                             " power of two not above the median shorter side of the usable images;"
+                             " 32 for builtin:lfw-faces)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                        help="1 (grayscale) or 3 (RGB); images of the other kind are skipped, not"
+                             " converted (default: the channel count of most usable images)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing dataset at DEST (default: fail if DEST is not empty)")
+    add_output_option(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from gan.prepare import prepare_dataset
+
+    if args.dest.startswith("s3://"):
+        raise UserError(f"{args.dest}: S3 destinations need the orchestrator's storage support, which"
+                        " this version lacks; write to a local folder and upload it")
+    report = prepare_dataset(args.source, args.dest, resolution=args.resolution, channels=args.channels,
+                             overwrite=args.overwrite, progress=True)
+    # An upload of the finished local folder to remote storage would go here.
+    _print_summary(report, args.output)
+
+
+def _print_summary(report: Any, output: str) -> None:
+    manifest = report.manifest
+    summary = {
+        "dest": report.dest,
+        "count": report.count,
+        "skipped": [{"name": name, "reason": reason} for name, reason in report.skipped],
+        "resolutions": manifest["resolutions"],
+        "channels": manifest["channels"],
+        "content_sha256": manifest["content_sha256"],
+    }
+    if output == "json":
+        print_json(summary)
+        return
+    if report.skipped:
+        print_table(summary["skipped"], title=f"Skipped files ({len(report.skipped)})")
+    print_mapping({
+        "dest": summary["dest"],
+        "images written": summary["count"],
+        "files skipped": len(report.skipped),
+        "resolutions": ", ".join(str(r) for r in summary["resolutions"]),
+        "channels": summary["channels"],
+        "content_sha256": summary["content_sha256"],
+    }, title="Dataset written")
