@@ -16,6 +16,8 @@ from gan.errors import UserError
 COMMAND_MODULES = [
     "prepare_data",
     "train",
+    "sweep",
+    "compare",
     "metrics",
     "services",
 ]

@@ -18,6 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value by dotted key, e.g. --set schedule.fade_kimg=300 "
                              "(repeatable; the value is parsed as YAML)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="Ray Train workers (DDP processes); default: run.workers of the config")
+    parser.add_argument("--gpu", action="store_true", help="one GPU per worker, NCCL backend")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the config, print the resolved config and parameter counts, "
                              "and exit without taking any Ray resource")

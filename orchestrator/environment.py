@@ -1,0 +1,81 @@
+"""Process environment shared by every command: state folder, service variables, Ray start-up."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gan.config import TrainConfig
+
+DEFAULT_STATE_DIR = ".progan"
+
+# Variables every Ray worker needs to reach MLflow and S3; sent through the job's runtime_env.
+FORWARDED_VARIABLES = (
+    "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
+    "PROGAN_STATE_DIR", "PROGAN_CACHE_DIR",
+)
+
+
+def state_dir() -> Path:
+    """Return the state folder: $PROGAN_STATE_DIR, else .progan in the working directory (absolute)."""
+    return Path(os.environ.get("PROGAN_STATE_DIR") or DEFAULT_STATE_DIR).resolve()
+
+
+def cache_dir() -> Path:
+    """Return the per-node dataset cache: $PROGAN_CACHE_DIR, else ~/.cache/progan."""
+    return Path(os.environ.get("PROGAN_CACHE_DIR") or Path.home() / ".cache" / "progan").resolve()
+
+
+def load_environment() -> dict[str, str]:
+    """Put the embedded services' variables into os.environ; variables already set win."""
+    from orchestrator.services import load_service_env
+
+    values = load_service_env(state_dir())
+    for key, value in values.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("PROGAN_STATE_DIR", str(state_dir()))
+    return values
+
+
+def absolute_storage(location: str) -> str:
+    """Return `location` unchanged when it is a URI, else as an absolute local path."""
+    if "://" in location:
+        return location
+    return str(Path(location).expanduser().resolve())
+
+
+def absolutize_paths(config: TrainConfig) -> None:
+    """Make local data and storage paths absolute, since Ray workers run in other folders."""
+    if config.data.path:
+        config.data.path = absolute_storage(config.data.path)
+    if config.run.storage:
+        config.run.storage = absolute_storage(config.run.storage)
+
+
+def check_minibatch(config: TrainConfig) -> None:
+    from gan.train import check_minibatch_split
+
+    check_minibatch_split(config, config.run.workers)
+
+
+def dataset_hash(config: TrainConfig) -> str:
+    """Return the content hash of the config's dataset (reads only its manifest)."""
+    from orchestrator.data_cache import read_manifest
+
+    return read_manifest(config.data.path)["content_sha256"]
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to the cluster at `address` or $RAY_ADDRESS, else start a local Ray, once."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env_vars = {key: os.environ[key] for key in FORWARDED_VARIABLES if key in os.environ}
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": True}
+    if address is None:
+        kwargs.update(num_cpus=num_cpus, include_dashboard=False)
+    ray.init(address=address, **kwargs)
