@@ -287,9 +287,6 @@ def test_cli_errors_exit_2(tmp_path):
     assert_one_line_error(result, "no images written, skipped files: 1 (first: note.png: not an image")
     assert not (tmp_path / "data").exists()
 
-    result = run_cli("builtin:lfw-faces", "s3://bucket/faces")
-    assert_one_line_error(result, "S3 destinations need the orchestrator's storage support")
-
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     result = run_cli("builtin:lfw-faces", str(tmp_path / "full"))
