@@ -32,6 +32,8 @@ def load_environment() -> dict[str, str]:
     """Put the embedded services' variables into os.environ; variables already set win."""
     from orchestrator.services import load_service_env
 
+    # Results go to stdout (JSON included), so MLflow must not print run URLs there.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     values = load_service_env(state_dir())
     for key, value in values.items():
         os.environ.setdefault(key, value)

@@ -41,7 +41,7 @@ def trial_main(tune_config: dict, sweep: dict) -> None:
     from ray import tune
 
     from orchestrator import tracking
-    from orchestrator.train_run import fit_train_run
+    from orchestrator.train_run import device_kind, fit_train_run
 
     values = {key: tune_config[key] for key in sweep["searched_keys"]}
     config = config_from_dict(apply_overrides(sweep["base_data"], values))
@@ -52,11 +52,11 @@ def trial_main(tune_config: dict, sweep: dict) -> None:
     context = tune.get_context()
     trial_id = context.get_trial_id()
     mutable = sweep["mutable_keys"]
-    run_id, created = tracking.find_or_create_child_run(
+    run_id = tracking.find_or_create_child_run(
         sweep["experiment_id"], sweep["parent_run_id"], trial_id, context.get_trial_name(),
-        tracking.run_tags(config, sweep["dataset_hash"], config.run.workers, config.run.gpu))
-    if created:
-        tracking.log_params(run_id, flatten_config(config), mutable_keys=mutable)
+        tracking.run_tags(config, sweep["dataset_hash"], config.run.workers, device_kind(config)))
+    # Params are immutable in MLflow; logging the same values again on a retried trial is allowed.
+    tracking.log_params(run_id, flatten_config(config), mutable_keys=mutable)
 
     if sweep["scheduler"] == "pbt":
         run_segments(config, values, sweep, run_id, trial_id)
@@ -72,7 +72,7 @@ def run_segments(config, values: dict, sweep: dict, run_id: str, trial_id: str) 
     import ray.train
     from ray import tune
 
-    from orchestrator import tracking
+    from orchestrator import mlflow_lookup
     from orchestrator.storage import ray_storage
     from orchestrator.train_run import fit_train_run, storage_for
 
@@ -90,7 +90,7 @@ def run_segments(config, values: dict, sweep: dict, run_id: str, trial_id: str) 
 
     while kimg < total - 1e-9:
         until = next(b for b in boundaries if b > kimg + 1e-9)
-        tracking.log_metrics(run_id, {f"hp/{key}": float(value) for key, value in values.items()},
+        mlflow_lookup.log_metrics(run_id, {f"hp/{key}": float(value) for key, value in values.items()},
                              step=round(kimg))
         lineage = pointer["path"].rsplit("/", 2)[-2] if pointer else "start"
         name = f"{sweep['name']}-{trial_id}-seg{segment:03d}-{lineage[-24:]}"
@@ -153,10 +153,10 @@ def max_concurrent(spec: SweepSpec) -> int:
 
 
 def start_parent_run(spec: SweepSpec, name: str) -> tuple[str, str]:
-    from orchestrator import tracking
+    from orchestrator import mlflow_lookup, tracking
 
     experiment_id = tracking.ensure_experiment(spec.experiment)
-    existing = tracking.find_run_by_tag(experiment_id, SWEEP_TAG, name)
+    existing = mlflow_lookup.find_run_by_tag(experiment_id, SWEEP_TAG, name)
     if existing is not None:
         return experiment_id, existing
     tags = {SWEEP_TAG: name, "progan.searched_keys": json.dumps(spec.searched_keys),
@@ -177,9 +177,9 @@ def resolve_name(spec: SweepSpec, resume: bool) -> str:
     """Return a new timestamped sweep name, or with --resume the newest existing one of this file."""
     if not resume:
         return f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    from orchestrator import tracking
+    from orchestrator import mlflow_lookup
 
-    name = tracking.latest_tag_value(spec.experiment, SWEEP_TAG, prefix=f"{spec.name}-")
+    name = mlflow_lookup.latest_tag_value(spec.experiment, SWEEP_TAG, prefix=f"{spec.name}-")
     if name is None:
         from gan.errors import UserError
 
@@ -191,7 +191,7 @@ def resolve_name(spec: SweepSpec, resume: bool) -> str:
 def run_sweep(args: argparse.Namespace) -> int:
     from ray import tune
 
-    from orchestrator import tracking
+    from orchestrator import mlflow_lookup, tracking
     from orchestrator.storage import ray_storage
 
     spec = load_sweep(args.sweep)
@@ -230,7 +230,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     results = tuner.fit()
     failed = results.num_errors
     tracking.end_run(parent_run_id, "FAILED" if failed else "FINISHED")
-    tracking.close_children(parent_run_id)
+    mlflow_lookup.close_children(parent_run_id)
 
     from orchestrator.compare import compare_sweep, print_comparison
 

@@ -76,20 +76,24 @@ def fit_train_run(config: TrainConfig, name: str, run_id: str | None, *, until_k
     return trainer.fit()
 
 
+def device_kind(config: TrainConfig) -> str:
+    return "gpu" if config.run.gpu else "cpu"
+
+
 def start_or_resume_mlflow_run(config: TrainConfig, name: str, config_path: str) -> str:
     """Return the MLflow run of `name`: the unfinished one from an earlier attempt, else a new one."""
-    from orchestrator import tracking
+    from orchestrator import mlflow_lookup, tracking
 
     experiment_id = tracking.ensure_experiment(config.run.experiment)
-    existing = tracking.find_run_by_tag(experiment_id, RUN_NAME_TAG, name)
+    existing = mlflow_lookup.find_run_by_tag(experiment_id, RUN_NAME_TAG, name)
     if existing is not None:
         log.info("resuming MLflow run %s of %s", existing, name)
         return existing
     tags = {RUN_NAME_TAG: name, **tracking.run_tags(config, environment.dataset_hash(config),
-                                                       config.run.workers, config.run.gpu)}
+                                                       config.run.workers, device_kind(config))}
     run_id = tracking.start_run(experiment_id, name, tags)
     tracking.log_params(run_id, flatten_config(config))
-    tracking.log_config_artifact(run_id, config, config_path)
+    mlflow_lookup.log_config_artifact(run_id, config, config_path)
     return run_id
 
 
@@ -102,6 +106,7 @@ def run_training(config: TrainConfig, args: argparse.Namespace) -> int:
     if args.gpu:
         config.run.gpu = True
     environment.load_environment()
+    environment.absolutize_paths(config)
     environment.check_minibatch(config)
     environment.init_ray(args.address)
 

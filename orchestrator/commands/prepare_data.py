@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from gan.errors import UserError
@@ -55,13 +56,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     from gan.prepare import prepare_dataset
 
-    if args.dest.startswith("s3://"):
-        raise UserError(f"{args.dest}: S3 destinations need the orchestrator's storage support, which"
-                        " this version lacks; write to a local folder and upload it")
-    report = prepare_dataset(args.source, args.dest, resolution=args.resolution, channels=args.channels,
-                             overwrite=args.overwrite, progress=True)
-    # An upload of the finished local folder to remote storage would go here.
+    if not args.dest.startswith("s3://"):
+        report = prepare_dataset(args.source, args.dest, resolution=args.resolution, channels=args.channels,
+                                 overwrite=args.overwrite, progress=True)
+        _print_summary(report, args.output)
+        return
+    report = _prepare_to_s3(args, prepare_dataset)
     _print_summary(report, args.output)
+
+
+def _prepare_to_s3(args: argparse.Namespace, prepare_dataset) -> Any:
+    """Write the dataset to a local temporary folder, then upload it with dataset.json last.
+
+    Readers look for dataset.json first, so an upload cut short leaves no dataset that can be opened.
+    """
+    import tempfile
+
+    from gan.dataset import MANIFEST_NAME
+    from orchestrator import environment, storage
+
+    environment.load_environment()
+    manifest_uri = storage.parse_s3_uri(args.dest).join(MANIFEST_NAME).uri
+    if storage.exists(manifest_uri) and not args.overwrite:
+        raise UserError(f"{args.dest} already holds a dataset; pass --overwrite to replace it")
+    with tempfile.TemporaryDirectory(prefix="progan-prepare-") as folder:
+        local = Path(folder) / "dataset"
+        report = prepare_dataset(args.source, local, resolution=args.resolution, channels=args.channels,
+                                 progress=True)
+        storage.upload_folder(local, args.dest, last=[MANIFEST_NAME])
+    report.dest = args.dest
+    return report
 
 
 def _print_summary(report: Any, output: str) -> None:
