@@ -277,16 +277,20 @@ def upload_folder(local_dir: str | os.PathLike, uri: str, *, last: Iterable[str]
     return keys
 
 
-def download_folder(uri: str, local_dir: str | os.PathLike, *, client=None) -> Path:
+def download_folder(uri: str, local_dir: str | os.PathLike, *, exist_ok: bool = False,
+                    client=None) -> Path:
     """Download the folder `uri` to `local_dir`, which appears whole or not at all.
 
     The files land in a temporary sibling folder that is renamed to `local_dir` at the end. When
     another process (a second Ray worker on the node) renamed its copy first, that copy is kept
-    and this one is discarded, so the call works as a once-per-node cache fill.
+    and this one is discarded, so the call works as a once-per-node cache fill. An existing
+    `local_dir` raises UserError, unless `exist_ok` is set: then it is returned as it is.
     """
     location = parse_s3_uri(uri)
     target = Path(local_dir)
     if target.exists():
+        if exist_ok:
+            return target
         raise UserError(f"destination folder already exists: {target}")
     client = s3_client() if client is None else client
     keys = list_keys(uri, client=client)

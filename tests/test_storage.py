@@ -165,6 +165,9 @@ def test_download_folder_keeps_existing_destination(services, prefix, tmp_path):
     (tmp_path / "dest").mkdir()
     with pytest.raises(UserError, match="already exists"):
         storage.download_folder(prefix, tmp_path / "dest", client=client)
+    assert storage.download_folder(prefix, tmp_path / "dest", exist_ok=True,
+                                   client=client) == tmp_path / "dest"
+    assert list((tmp_path / "dest").iterdir()) == []
     with pytest.raises(UserError, match="no objects found"):
         storage.download_folder(prefix + "-empty", tmp_path / "other", client=client)
 
