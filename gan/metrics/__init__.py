@@ -1,0 +1,1 @@
+"""Image-set metrics for generated images; `gan.metrics.swd` computes the sliced Wasserstein distance."""
