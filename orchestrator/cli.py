@@ -19,7 +19,9 @@ COMMAND_MODULES = [
     "sweep",
     "compare",
     "metrics",
+    "generate",
     "services",
+    "demo",
 ]
 
 EXIT_OK = 0

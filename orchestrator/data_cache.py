@@ -43,4 +43,4 @@ def local_dataset_path(location: str, cache_root: str | Path | None) -> Path:
     if (target / MANIFEST_NAME).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    return storage.download_folder(location, target)
+    return storage.download_folder(location, target, exist_ok=True)

@@ -9,12 +9,18 @@ from gan.config import TrainConfig
 
 DEFAULT_STATE_DIR = ".progan"
 
+# Custom resource that Tune trial drivers take instead of CPU, so that a trial's Train workers can use
+# every CPU. A local Ray gets plenty of it; on a cluster, declare it on nodes that may host drivers
+# (ray_cluster.yaml does so on the head node).
+TRIAL_DRIVER_RESOURCE = "progan_trial_driver"
+LOCAL_TRIAL_DRIVER_SLOTS = 1000
+
 # Variables every Ray worker needs to reach MLflow and S3; sent through the job's runtime_env.
 FORWARDED_VARIABLES = (
     "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
     "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
-    "PROGAN_STATE_DIR", "PROGAN_CACHE_DIR",
+    "PROGAN_STATE_DIR", "PROGAN_CACHE_DIR", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT",
 )
 
 
@@ -79,5 +85,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": True}
     if address is None:
-        kwargs.update(num_cpus=num_cpus, include_dashboard=False)
+        kwargs.update(num_cpus=num_cpus, resources={TRIAL_DRIVER_RESOURCE: LOCAL_TRIAL_DRIVER_SLOTS})
     ray.init(address=address, **kwargs)
+
+
+def trial_driver_resources() -> dict[str, float]:
+    """Return what one Tune trial driver reserves: the custom resource if the cluster has it."""
+    import ray
+
+    if ray.cluster_resources().get(TRIAL_DRIVER_RESOURCE, 0) >= 1:
+        return {"CPU": 0, TRIAL_DRIVER_RESOURCE: 1}
+    return {"CPU": 0.01}

@@ -14,6 +14,7 @@ schedule and the learning rate from the mutated config, so both are in force fro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -210,11 +211,14 @@ def run_sweep(args: argparse.Namespace) -> int:
         "experiment_id": experiment_id, "parent_run_id": parent_run_id,
         "dataset_hash": environment.dataset_hash(spec.base),
     }
-    trainable = tune.with_resources(tune.with_parameters(trial_main, sweep=sweep), {"CPU": 0.01})
+    trainable = tune.with_resources(tune.with_parameters(trial_main, sweep=sweep),
+                                    environment.trial_driver_resources())
     filesystem, storage_path = ray_storage(sweep_storage(spec))
     experiment_path = f"{storage_path}/{name}"
+    # Tune's status tables go to stdout; keep stdout for the JSON result when that is asked for.
     tune_run_config = tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=filesystem,
-                                     failure_config=tune.FailureConfig(max_failures=1))
+                                     failure_config=tune.FailureConfig(max_failures=1),
+                                     verbose=0 if args.output == "json" else 1)
     if args.resume and tune.Tuner.can_restore(experiment_path, storage_filesystem=filesystem):
         tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=filesystem)
@@ -227,7 +231,13 @@ def run_sweep(args: argparse.Namespace) -> int:
                                         max_concurrent_trials=max_concurrent(spec)),
             run_config=tune_run_config,
         )
-    results = tuner.fit()
+    if args.output == "json":
+        # Tune prints its experiment table to stdout even when silent, and Ray forwards what trial
+        # processes print there too; stdout must carry only the JSON result.
+        with contextlib.redirect_stdout(sys.stderr):
+            results = tuner.fit()
+    else:
+        results = tuner.fit()
     failed = results.num_errors
     tracking.end_run(parent_run_id, "FAILED" if failed else "FINISHED")
     mlflow_lookup.close_children(parent_run_id)

@@ -88,7 +88,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     config = config_from_dict(loop_config["config"])
     device = ray.train.torch.get_device() if config.run.gpu else torch.device("cpu")
     dataset = open_dataset(local_dataset_path(config.data.path, loop_config.get("cache_dir")))
-    check_dataset(dataset, config.model)
+    check_dataset(dataset, config.model, config.data.path)
 
     trainer = Trainer(config, dataset, device, context.rank, context.world_size)
     restore_state(trainer, loop_config)

@@ -64,3 +64,25 @@ def service_env(services):
         for name, value in applied.items():
             patch.setenv(name, value)
         yield applied
+
+
+@pytest.fixture(scope="session")
+def ray_2_cpus(service_env):
+    """A local Ray with 2 CPUs for the session, with the services' variables sent to its workers."""
+    import ray
+
+    from orchestrator.environment import init_ray
+
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def faces_in_s3(service_env):
+    """The built-in faces prepared into the embedded S3 store; yields the dataset URI."""
+    from orchestrator.cli import main
+
+    dest = "s3://progan/datasets/test-faces"
+    assert main(["prepare-data", "builtin:lfw-faces", dest, "--output", "json"]) == 0
+    return dest

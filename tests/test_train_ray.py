@@ -16,26 +16,6 @@ from orchestrator.train_run import run_training
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_2_cpus(service_env):
-    import ray
-
-    from orchestrator.environment import init_ray
-
-    init_ray(num_cpus=2)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def faces_in_s3(service_env, tmp_path_factory):
-    from orchestrator.cli import main
-
-    dest = "s3://progan/datasets/test-faces"
-    assert main(["prepare-data", "builtin:lfw-faces", dest, "--output", "json"]) == 0
-    return dest
-
-
 def tiny_config(data_path, name, total_kimg=3.0, workers=2, max_failures=0):
     return config_from_dict({
         "seed": 3,
