@@ -111,8 +111,21 @@ def train_loop_per_worker(loop_config: dict) -> None:
             tracker.close()
 
 
+def report_initial(trainer: Trainer, evaluator, tracker) -> None:
+    """Evaluate the untrained G_ema at kimg 0, so every curve starts from the initialization."""
+    state = trainer.state
+    metrics = {"kimg": 0.0, "lod": state.lod, "resolution": float(state.resolution), "alpha": state.alpha}
+    if evaluator is not None:
+        metrics.update(evaluator.evaluate(trainer, tracker))
+    if tracker is not None:
+        tracker.log_metrics(metrics, 0.0)
+    ray_adapter.report(metrics, None, None)
+
+
 def run_loop(trainer: Trainer, config, until_kimg: float, evaluator, tracker) -> None:
     """Train to `until_kimg`, reporting at every evaluation and checkpoint boundary."""
+    if trainer.nimg == 0 and until_kimg > 0:
+        report_initial(trainer, evaluator, tracker)
     next_eval = next_boundary(trainer.kimg, config.metrics.every_kimg)
     next_checkpoint = next_boundary(trainer.kimg, config.checkpoint.every_kimg)
     window = StepWindow()

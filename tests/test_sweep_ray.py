@@ -65,7 +65,7 @@ def test_two_trial_sweep_nests_runs_and_compare_orders_them(ray_2_cpus, faces_in
     best_by_run = {}
     for child in children:
         history = client.get_metric_history(child.info.run_id, "swd/avg")
-        assert sorted(m.step for m in history) == [1, 2]
+        assert sorted(m.step for m in history) == [0, 1, 2]
         best_by_run[child.info.run_id] = min(m.value for m in history)
         assert child.info.status == "FINISHED"
     expected_order = sorted(best_by_run, key=best_by_run.get)
@@ -116,7 +116,7 @@ def test_resume_after_killed_driver_skips_finished_trial(ray_2_cpus, faces_in_s3
     assert steps_after == steps_before  # the finished trial did not train again
     for child in children:
         steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "kimg"))
-        assert steps == [1, 2, 3]
+        assert steps == [0, 1, 2, 3]
 
 
 def test_pbt_exploit_puts_mutated_lr_in_force(ray_2_cpus, faces_in_s3, tmp_path):

@@ -57,13 +57,13 @@ def test_two_worker_run_reaches_kimg_with_metrics_and_artifacts(ray_2_cpus, face
     client, run = mlflow_run("two-workers")
     assert run.info.status == "FINISHED"
     kimg_steps = [m.step for m in client.get_metric_history(run.info.run_id, "kimg")]
-    assert sorted(kimg_steps) == [1, 2, 3]
+    assert sorted(kimg_steps) == [0, 1, 2, 3]
     swd_steps = [m.step for m in client.get_metric_history(run.info.run_id, "swd/avg")]
-    assert sorted(swd_steps) == [1, 2, 3]
+    assert sorted(swd_steps) == [0, 1, 2, 3]
     for key in ("loss/G", "loss/D", "swd/16", "lod", "resolution", "images_per_sec"):
         assert client.get_metric_history(run.info.run_id, key), key
     grids = [a.path for a in client.list_artifacts(run.info.run_id, "grids")]
-    assert len(grids) == 3
+    assert len(grids) == 4
     models = {a.path for a in client.list_artifacts(run.info.run_id, "models")}
     assert models == {"models/G_ema-best.pt", "models/G_ema-final.pt"}
     assert run.data.tags["progan.workers"] == "2"
@@ -111,4 +111,4 @@ def test_killed_worker_resumes_without_gap(ray_2_cpus, faces_in_s3, capsys):
 
     client, run = mlflow_run("killed-worker")
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "kimg"))
-    assert steps == [1, 2, 3, 4, 5, 6]
+    assert steps == [0, 1, 2, 3, 4, 5, 6]
