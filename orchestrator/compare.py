@@ -48,7 +48,8 @@ def _value_at(history: list[tuple[int, float]], kimg: float) -> float | None:
 
 def compare_sweep(experiment: str, sweep_run_id: str | None, metric: str, at_kimg: float | None = None,
                   mode: str | None = None) -> list[dict[str, Any]]:
-    """Return one row per trial of the sweep, best first (by the metric at `at_kimg`, else the best)."""
+    """Return one row per trial of the sweep, best first (by the metric at `at_kimg`, else the best
+    value at the final resolution)."""
     client = _client()
     sweep_run_id = sweep_run_id or newest_sweep(experiment)
     parent = client.get_run(sweep_run_id)
@@ -57,33 +58,37 @@ def compare_sweep(experiment: str, sweep_run_id: str | None, metric: str, at_kim
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{sweep_run_id}'",
                                   max_results=1000)
+    best_key = f"best {metric} (full res)"
+    last_key = f"last {metric}"
     rows = []
     for child in children:
         history = _history(client, child.info.run_id, metric)
-        values = [v for _, v in history if math.isfinite(v)]
+        # Values measured before the final resolution compare upsampled low-resolution images, so
+        # the best value is taken over full-resolution evaluations only (lod = 0).
+        full_resolution_steps = {step for step, lod in _history(client, child.info.run_id, "lod") if lod == 0}
+        values = [v for step, v in history if step in full_resolution_steps and math.isfinite(v)]
         best = (min(values) if mode == "min" else max(values)) if values else None
-        kimg = child.data.metrics.get("kimg")
         row = {"trial": child.info.run_name, "run_id": child.info.run_id}
         for key in searched:
             value = child.data.params.get(key)
             hp = _history(client, child.info.run_id, f"hp/{key}")
             row[key] = value if value is not None else (hp[-1][1] if hp else None)
-        row.update({"kimg": kimg, f"best {metric}": best,
-                    f"last {metric}": history[-1][1] if history else None,
-                    "status": child.info.status})
+        row.update({"kimg": child.data.metrics.get("kimg"), best_key: best,
+                    last_key: history[-1][1] if history else None, "status": child.info.status})
         if at_kimg is not None:
             row[f"{metric} @ {at_kimg:g} kimg"] = _value_at(history, at_kimg)
         rows.append(row)
 
-    sort_key = f"{metric} @ {at_kimg:g} kimg" if at_kimg is not None else f"best {metric}"
-
-    def order(row):
-        value = row[sort_key]
+    def rank(value):
         if value is None or not math.isfinite(value):
             return (1, 0.0)
         return (0, value if mode == "min" else -value)
 
-    return sorted(rows, key=order)
+    if at_kimg is not None:
+        return sorted(rows, key=lambda row: rank(row[f"{metric} @ {at_kimg:g} kimg"]))
+    # Trials that reached the final resolution first, by their best value there; then the others by
+    # their last value.
+    return sorted(rows, key=lambda row: (rank(row[best_key]), rank(row[last_key])))
 
 
 def print_comparison(rows: list[dict[str, Any]], metric: str, output: str) -> None:

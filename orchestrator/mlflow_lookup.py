@@ -41,16 +41,26 @@ def latest_tag_value(experiment: str, tag: str, prefix: str) -> str | None:
     return runs[0].data.tags[tag] if runs else None
 
 
-def close_children(parent_run_id: str) -> int:
-    """Mark children still RUNNING (trials stopped early by the scheduler) as KILLED; return the count."""
+def close_children(parent_run_id: str, total_kimg: float) -> int:
+    """End the children still RUNNING and return their count.
+
+    Tune ends a trial's actor as soon as the trial reports its last result (or the scheduler stops
+    it), so the trial cannot end its own run. A child that reached `total_kimg` is FINISHED; the others
+    were stopped early by the scheduler and are KILLED with the tag progan.stopped_early.
+    """
     client = _client()
     parent = client.get_run(parent_run_id)
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}' "
                                                 "and attributes.status = 'RUNNING'")
     for child in children:
-        client.set_tag(child.info.run_id, "progan.stopped_early", "true")
-        client.set_terminated(child.info.run_id, "KILLED")
+        reached = child.data.metrics.get("kimg", 0.0)
+        target = float(child.data.params.get("schedule.total_kimg", total_kimg))
+        if reached >= target - 1e-6:
+            client.set_terminated(child.info.run_id, "FINISHED")
+        else:
+            client.set_tag(child.info.run_id, "progan.stopped_early", "true")
+            client.set_terminated(child.info.run_id, "KILLED")
     return len(children)
 
 

@@ -239,8 +239,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     else:
         results = tuner.fit()
     failed = results.num_errors
+    mlflow_lookup.close_children(parent_run_id, spec.base.schedule.total_kimg)
     tracking.end_run(parent_run_id, "FAILED" if failed else "FINISHED")
-    mlflow_lookup.close_children(parent_run_id)
 
     from orchestrator.compare import compare_sweep, print_comparison
 

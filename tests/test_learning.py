@@ -30,6 +30,7 @@ def test_training_on_faces_lowers_swd(tmp_path):
         "schedule": {"stable_kimg": 2, "fade_kimg": 2, "total_kimg": 16,
                      "minibatch": {4: 16, 8: 16, 16: 16}},
         "optim": {"lr": 0.002},
+        "ema": {"mode": "half_life", "half_life_kimg": 1},
     })
     trainer = Trainer(config, dataset)
     reals = torch.from_numpy(dataset.level(RESOLUTION)[:100].copy())

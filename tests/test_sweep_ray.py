@@ -55,7 +55,8 @@ def client_and_children(experiment):
 def test_two_trial_sweep_nests_runs_and_compare_orders_them(ray_2_cpus, faces_in_s3, tmp_path, capsys):
     from orchestrator.sweep import run_sweep
 
-    path = write_files(tmp_path, faces_in_s3, "test-sweep", 2,
+    path = write_files(tmp_path, faces_in_s3, "test-sweep", 3,
+                       "overrides: {schedule.stable_kimg: 0.5, schedule.fade_kimg: 0.5}\n"
                        "search_space: {optim.lr: {grid: [0.0005, 0.004]}}\nscheduler: {type: fifo}\n")
     assert run_sweep(sweep_args(path)) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -65,8 +66,10 @@ def test_two_trial_sweep_nests_runs_and_compare_orders_them(ray_2_cpus, faces_in
     best_by_run = {}
     for child in children:
         history = client.get_metric_history(child.info.run_id, "swd/avg")
-        assert sorted(m.step for m in history) == [0, 1, 2]
-        best_by_run[child.info.run_id] = min(m.value for m in history)
+        assert sorted(m.step for m in history) == [0, 1, 2, 3]
+        full_res = {m.step for m in client.get_metric_history(child.info.run_id, "lod") if m.value == 0}
+        assert full_res == {3}  # phases of 0.5 kimg: 16x16 is stable from kimg 2
+        best_by_run[child.info.run_id] = min(m.value for m in history if m.step in full_res)
         assert child.info.status == "FINISHED"
     expected_order = sorted(best_by_run, key=best_by_run.get)
     assert [row["run_id"] for row in rows] == expected_order
