@@ -141,15 +141,24 @@ def build_scheduler(spec: SweepSpec):
     return FIFOScheduler()
 
 
-def max_concurrent(spec: SweepSpec) -> int:
-    """Return how many trials fit the cluster at once (GPUs, else CPUs, over each trial's need)."""
+def max_concurrent(spec: SweepSpec) -> int | None:
+    """Return how many trials fit the cluster at once (GPUs, else CPUs, over each trial's need).
+
+    An autoscaling cluster may have no GPU node yet; then the limit is left to Tune (None), and the
+    waiting trial drivers hold only their small driver resource.
+    """
     import ray
 
     if spec.max_concurrent_trials:
         return spec.max_concurrent_trials
     resources = ray.cluster_resources()
     if spec.gpu:
-        return max(1, int(resources.get("GPU", 0) // spec.workers))
+        fitting = int(resources.get("GPU", 0) // spec.workers)
+        if fitting == 0:
+            log.warning("the cluster has no GPU node yet; set max_concurrent_trials in the sweep file "
+                        "to bound the trials that wait for GPUs")
+            return None
+        return fitting
     return max(1, int(resources.get("CPU", 1) // (spec.workers * spec.cpus_per_worker)))
 
 
