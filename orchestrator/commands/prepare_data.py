@@ -21,11 +21,19 @@ Files that are unreadable, truncated, not images, smaller than R, in an
 unsupported mode (anything but 1, L, LA, P, PA, RGB, RGBA), with transparent
 pixels, or with the other channel count are skipped and listed by name.
 Nothing is left at DEST if the run fails.
+
+SRC celeba:IMG_DIR builds a CelebA-HQ-style dataset (default 1024x1024) from
+CelebA's in-the-wild photos and --landmarks: each face is cropped to a square
+oriented by its eyes and mouth, mirror-padded with blurred borders where the
+square leaves the photo, and resampled, on Ray tasks. A rerun after an
+interruption continues where it stopped.
 """
 
 EPILOG = """\
 example:
   progan prepare-data ~/photos/faces data/faces --resolution 128 --channels 3
+  progan prepare-data celeba:celeba/img_celeba s3://progan/datasets/celebahq \
+      --landmarks celeba/Anno/list_landmarks_celeba.txt --images image_list.txt
 """
 
 
@@ -38,15 +46,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("source", metavar="SRC",
-                        help="folder of images, .zip of images, or builtin:lfw-faces")
+                        help="folder of images, .zip of images, builtin:lfw-faces, or celeba:IMG_DIR")
     parser.add_argument("dest", metavar="DEST", help="dataset folder to create (a local path)")
     parser.add_argument("--resolution", type=int, default=None, metavar="R",
                         help="final resolution in pixels, a power of two >= 4 (default: the largest"
                              " power of two not above the median shorter side of the usable images;"
-                             " 32 for builtin:lfw-faces)")
+                             " 32 for builtin:lfw-faces; 1024 for celeba:)")
     parser.add_argument("--channels", type=int, choices=(1, 3), default=None,
                         help="1 (grayscale) or 3 (RGB); images of the other kind are skipped, not"
                              " converted (default: the channel count of most usable images)")
+    parser.add_argument("--landmarks", metavar="FILE", default=None,
+                        help="celeba: sources only: landmark file in the format of CelebA's"
+                             " list_landmarks_celeba.txt (required for celeba:)")
+    parser.add_argument("--images", metavar="LIST", default=None,
+                        help="celeba: sources only: photos to use, in this order: the CelebA-HQ"
+                             " image_list.txt (orig_file column) or one file name per line"
+                             " (default: every landmark row)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing dataset at DEST (default: fail if DEST is not empty)")
     add_output_option(parser)
@@ -56,6 +71,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     from gan.prepare import prepare_dataset
 
+    if args.source.startswith("celeba:"):
+        from orchestrator import celeba_prepare
+
+        _print_summary(celeba_prepare.run(args), args.output)
+        return
+    if args.landmarks or args.images:
+        raise UserError("--landmarks and --images apply only to celeba:IMG_DIR sources")
     if not args.dest.startswith("s3://"):
         report = prepare_dataset(args.source, args.dest, resolution=args.resolution, channels=args.channels,
                                  overwrite=args.overwrite, progress=True)
