@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "generate",
     "services",
     "demo",
+    "fetch_weights",
 ]
 
 EXIT_OK = 0

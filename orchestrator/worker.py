@@ -1,8 +1,8 @@
 """Ray Train worker loop: one ProGAN training sharded over the worker group (DDP-style all-reduce).
 
 Every rank trains on its shard of the global minibatch. At each evaluation or checkpoint boundary all
-ranks report together; rank 0 also evaluates SWD, writes the image grid, saves the checkpoint and
-writes the metric log that MLflow mirrors.
+ranks report together, and all ranks share the FID computation. Rank 0 also evaluates SWD, writes the
+image grid, saves the checkpoint and writes the metric log that MLflow mirrors.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from gan.train import StepStats, Trainer
 from orchestrator import ray_adapter
 from orchestrator.data_cache import local_dataset_path
 from orchestrator.evaluation import Evaluator
+from orchestrator.fid_evaluation import FidEvaluator, log_params as log_fid_params
 
 
 class StepWindow:
@@ -94,6 +95,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     restore_state(trainer, loop_config)
     until_kimg = float(loop_config.get("until_kimg") or config.schedule.total_kimg)
 
+    fid_evaluator = FidEvaluator.create(config, dataset, config.data.path, device, context.rank,
+                                        context.world_size, loop_config.get("cache_dir"))
     is_chief = context.rank == 0
     run_dir = Path(loop_config["run_dir"])
     tracker = None
@@ -103,29 +106,33 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
         tracker = TrackingSession.for_worker(loop_config, run_dir)
         evaluator = Evaluator(config, dataset, run_dir)
+        if fid_evaluator is not None:
+            log_fid_params(fid_evaluator, loop_config.get("run_id"), loop_config.get("tracking_uri"))
 
     try:
-        run_loop(trainer, config, until_kimg, evaluator, tracker)
+        run_loop(trainer, config, until_kimg, evaluator, tracker, fid_evaluator)
     finally:
         if tracker is not None:
             tracker.close()
 
 
-def report_initial(trainer: Trainer, evaluator, tracker) -> None:
+def report_initial(trainer: Trainer, evaluator, tracker, fid_evaluator=None) -> None:
     """Evaluate the untrained G_ema at kimg 0, so every curve starts from the initialization."""
     state = trainer.state
     metrics = {"kimg": 0.0, "lod": state.lod, "resolution": float(state.resolution), "alpha": state.alpha}
     if evaluator is not None:
         metrics.update(evaluator.evaluate(trainer, tracker))
+    if fid_evaluator is not None:
+        metrics.update(fid_evaluator.evaluate(trainer))  # collective: every rank takes part
     if tracker is not None:
         tracker.log_metrics(metrics, 0.0)
     ray_adapter.report(metrics, None, None)
 
 
-def run_loop(trainer: Trainer, config, until_kimg: float, evaluator, tracker) -> None:
+def run_loop(trainer: Trainer, config, until_kimg: float, evaluator, tracker, fid_evaluator=None) -> None:
     """Train to `until_kimg`, reporting at every evaluation and checkpoint boundary."""
     if trainer.nimg == 0 and until_kimg > 0:
-        report_initial(trainer, evaluator, tracker)
+        report_initial(trainer, evaluator, tracker, fid_evaluator)
     next_eval = next_boundary(trainer.kimg, config.metrics.every_kimg)
     next_checkpoint = next_boundary(trainer.kimg, config.checkpoint.every_kimg)
     window = StepWindow()
@@ -140,6 +147,8 @@ def run_loop(trainer: Trainer, config, until_kimg: float, evaluator, tracker) ->
 
         if evaluate and evaluator is not None:
             metrics.update(evaluator.evaluate(trainer, tracker))
+        if evaluate and fid_evaluator is not None:
+            metrics.update(fid_evaluator.evaluate(trainer))  # collective: every rank takes part
         state = None
         if checkpoint:
             rng_states = trainer.gather_rng_states()  # collective: every rank takes part

@@ -1,7 +1,7 @@
 """`progan metrics`: metrics between two image sets, such as `progan metrics swd REALS FAKES`.
 
 An image set is a prepared dataset folder (one with a dataset.json, read at one resolution level) or a
-folder of PNG and JPEG images of one square size.
+folder of PNG and JPEG images of one square size. FID also takes s3:// datasets and checkpoints.
 """
 
 from __future__ import annotations
@@ -34,17 +34,36 @@ example:
   progan metrics swd data/faces runs/trial-3/fakes --images 16384 --resolution 128 --seed 0
 """
 
+FID_DESCRIPTION = """\
+Frechet Inception distance (FID) and kernel Inception distance (KID, mean and standard deviation
+over 100 subsets of up to 1000 images) between image sets A and B, from the 2048-d pool3 features
+of the 2015-12-05 InceptionV3 weights through torch-fidelity's TF1-compatible extractor (images
+resized bilinearly to 299x299; grayscale repeated to RGB). Papers report FID of 50000 generated
+images against all training images; fewer images bias FID upward, so compare FIDs of equal counts.
+
+A and B are prepared dataset folders or s3:// dataset prefixes (the first N images at --resolution;
+their statistics are cached per dataset and protocol), folders of PNG/JPEG images, or checkpoint
+files (.pt: a training state or G_ema snapshot) whose G_ema generates N images (default 50000).
+The weights file comes from --weights, $PROGAN_INCEPTION_WEIGHTS or the cache folder
+($PROGAN_CACHE_DIR/inception, filled by `progan fetch-weights`); it is never downloaded here.
+"""
+
+FID_EPILOG = """\
+example:
+  progan metrics fid data/faces runs/trial-3/models/G_ema-best.pt --images 50000 --output json
+"""
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "metrics",
-        help="compute metrics between image sets (swd)",
+        help="compute metrics between image sets (swd, fid)",
         description="Compute a metric between two image sets; see `progan metrics METRIC --help`.",
     )
     metric_parsers = parser.add_subparsers(dest="metric", metavar="METRIC", parser_class=type(parser))
     metric_parsers.required = True
-    # One sub-command per metric. FID is not implemented in this module yet; it belongs next to SWD.
     _register_swd(metric_parsers)
+    _register_fid(metric_parsers)
 
 
 def _register_swd(metric_parsers: argparse._SubParsersAction) -> None:
@@ -98,6 +117,80 @@ def run_swd(args: argparse.Namespace) -> None:
         print_json(result)
     else:
         print_mapping(result, title=f"SWD x 1e3: {args.a} vs {args.b}")
+
+
+def _register_fid(metric_parsers: argparse._SubParsersAction) -> None:
+    parser = metric_parsers.add_parser(
+        "fid",
+        help="Frechet and kernel Inception distances (FID, KID)",
+        description=FID_DESCRIPTION,
+        epilog=FID_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("a", metavar="A", help="reference set: dataset folder, s3:// dataset, image folder or checkpoint")
+    parser.add_argument("b", metavar="B", help="evaluated set: dataset folder, s3:// dataset, image folder or checkpoint")
+    parser.add_argument("--images", type=_positive_int, default=None, metavar="N",
+                        help="use the first N images of datasets and folders, and generate N images from"
+                             " checkpoints; fails if a set has fewer (default: all, and 50000 generated)")
+    parser.add_argument("--resolution", type=_positive_int, default=None, metavar="R",
+                        help="dataset level to read, and the size that folder images must have"
+                             " (default: a dataset's full resolution, a folder's image size)")
+    parser.add_argument("--mirror", action="store_true",
+                        help="flip a fixed random half of each dataset's images, as for runs trained with"
+                             " data.mirror (default: off)")
+    parser.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
+                        help="latent seed for images generated from checkpoints (default: 0)")
+    parser.add_argument("--weights", default=None, metavar="PATH",
+                        help="Inception weights file (default: $PROGAN_INCEPTION_WEIGHTS, else"
+                             " $PROGAN_CACHE_DIR/inception/weights-inception-2015-12-05-6726825d.pth)")
+    parser.add_argument("--batch-size", type=_positive_int, default=50, metavar="B",
+                        help="images per Inception batch (default: 50)")
+    parser.add_argument("--device", default=None,
+                        help="torch device to compute on, e.g. cpu or cuda:0"
+                             " (default: cuda if available, else cpu)")
+    add_output_option(parser)
+    parser.set_defaults(func=run_fid)
+
+
+def run_fid(args: argparse.Namespace) -> None:
+    import torch
+    from rich.progress import Progress
+
+    from gan.metrics.fid import frechet_distance, kernel_inception_distance
+    from gan.metrics.inception import load_inception, weights_path
+    from orchestrator import environment
+    from orchestrator.fid_sets import SetOptions, feature_set, kind_of
+
+    if any(location.startswith("s3://") for location in (args.a, args.b)):
+        environment.load_environment()  # S3 endpoint and credentials of the embedded services
+    for location in (args.a, args.b):
+        kind_of(location)  # rejects a bad location before the weights are loaded
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    extractor = load_inception(weights_path(args.weights, environment.cache_dir()), device)
+
+    sets = []
+    with Progress(console=stderr_console(), transient=True) as progress:
+        for location in (args.a, args.b):
+            task = progress.add_task(f"Inception features of {location}", total=None)
+            options = SetOptions(images=args.images, resolution=args.resolution, mirror=args.mirror,
+                                 seed=args.seed, batch_size=args.batch_size, cache_root=environment.cache_dir(),
+                                 on_batch=lambda count, task=task: progress.advance(task, count))
+            sets.append(feature_set(location, extractor, options))
+    set_a, set_b = sets
+
+    kid_mean, kid_std = kernel_inception_distance(set_a.features, set_b.features)
+    result = {
+        "fid": frechet_distance(set_a.mu, set_a.sigma, set_b.mu, set_b.sigma),
+        "kid_mean": kid_mean,
+        "kid_std": kid_std,
+        "fid/images": set_b.count,
+        "fid/reference_images": set_a.count,
+        "fid/impl": extractor.impl,
+    }
+    if args.output == "json":
+        print_json(result)
+    else:
+        print_mapping(result, title=f"FID and KID: {args.a} vs {args.b}")
 
 
 def load_image_set(path: str, resolution: int | None, count: int | None) -> Any:
