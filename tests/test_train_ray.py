@@ -23,7 +23,7 @@ def tiny_config(data_path, name, total_kimg=3.0, workers=2, max_failures=0):
         "data": {"path": data_path},
         "schedule": {"stable_kimg": 1, "fade_kimg": 1, "total_kimg": total_kimg,
                      "minibatch": {4: 16, 8: 16, 16: 16}},
-        "metrics": {"every_kimg": 1, "swd_images": 64, "grid_size": 4},
+        "metrics": {"every_kimg": 1, "swd_images": 64, "fid_images": 64, "grid_size": 4},
         "checkpoint": {"every_kimg": 1, "keep_last": 2},
         "run": {"name": name, "experiment": "test-train", "workers": workers,
                 "storage": "s3://progan/test-runs", "max_failures": max_failures},
@@ -110,5 +110,39 @@ def test_killed_worker_resumes_without_gap(ray_2_cpus, faces_in_s3, capsys):
     assert outcome.get("code") == 0
 
     client, run = mlflow_run("killed-worker")
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "kimg"))
+    assert steps == [0, 1, 2, 3, 4, 5, 6]
+
+
+def test_tracking_outage_loses_no_point(ray_2_cpus, faces_in_s3, services):
+    from orchestrator import services as embedded_services
+    from orchestrator.services import processes
+    from orchestrator.services.processes import ProcessRecord
+    from orchestrator.services.state import StatePaths, read_services
+
+    config = tiny_config(faces_in_s3, "tracking-outage", total_kimg=6.0, workers=1)
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(code=run_training(config, train_args())))
+    thread.start()
+
+    run_dir = services["state_dir"] / "runs" / "tracking-outage"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (run_dir / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    paths = StatePaths.resolve(services["state_dir"])
+    entry = read_services(paths)["services"]["mlflow"]
+    processes.stop(ProcessRecord.from_dict(entry), 5.0)
+    stopped_at = time.monotonic()
+    # Training goes on while MLflow is down: the metric log keeps growing.
+    lines_during_outage = 0
+    while time.monotonic() - stopped_at < 15 and thread.is_alive():
+        lines_during_outage = len((run_dir / "metrics.jsonl").read_text().splitlines())
+        time.sleep(0.5)
+    embedded_services.up(services["state_dir"])
+    thread.join(timeout=600)
+    assert outcome.get("code") == 0
+    assert lines_during_outage >= 2
+
+    client, run = mlflow_run("tracking-outage")
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "kimg"))
     assert steps == [0, 1, 2, 3, 4, 5, 6]
