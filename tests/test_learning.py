@@ -27,8 +27,8 @@ def test_training_on_faces_lowers_swd(tmp_path):
         "model": {"resolution": RESOLUTION, "channels": 1, "latent_size": 32, "fmap_base": 128,
                   "fmap_max": 32},
         "data": {"path": str(tmp_path / "faces")},
-        "schedule": {"stable_kimg": 2, "fade_kimg": 2, "total_kimg": 16,
-                     "minibatch": {4: 16, 8: 16, 16: 16}},
+        "schedule": {"stable_kimg": 2, "fade_kimg": 2, "total_kimg": 20,
+                     "minibatch": {4: 32, 8: 32, 16: 32}},
         "optim": {"lr": 0.002},
         "ema": {"mode": "half_life", "half_life_kimg": 1},
     })
