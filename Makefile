@@ -23,8 +23,10 @@ demo: $(STAMP)
 	$(BIN)/progan demo
 
 bench: $(STAMP)
-	$(BIN)/python bench/bench_swd.py
 	$(BIN)/python bench/bench_train_step.py
+	$(BIN)/python bench/bench_swd.py
+	$(BIN)/python bench/bench_fid.py
+	$(BIN)/python bench/bench_celebahq.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .progan
