@@ -30,7 +30,7 @@ class DiscriminatorLoss:
 
 
 def gradient_norm_scale(final_resolution: int, resolution: int, gp_norm: str) -> float:
-    """Return the factor that maps a native gradient norm to the norm the penalty sees."""
+    """Return the factor that maps a native gradient norm to the norm the penalty is applied to."""
     if gp_norm == "native":
         return 1.0
     return resolution / final_resolution

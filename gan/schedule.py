@@ -16,13 +16,14 @@ from gan.config import INITIAL_RESOLUTION, TrainConfig
 TICK_KIMG = {4: 160, 8: 140, 16: 120, 32: 100, 64: 80, 128: 60, 256: 40, 512: 20, 1024: 10}
 TICK_KIMG_BASE = 160
 
-# Learning-rate ramp-up shape of the paper's Theano code: coef = exp(-5 (1 - p)^2), p = kimg / rampup.
+# Learning-rate ramp-up of the official Theano code (misc.py rampup): coef = exp(-5 (1 - p)^2),
+# p = kimg / rampup_kimg.
 RAMPUP_STRENGTH = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
 class GrowthState:
-    """Where a run stands in the schedule at one kimg."""
+    """Schedule position of a run at one kimg."""
 
     kimg: float
     lod: float  # level of detail: log2(final) - log2(current) while stable, fractional while fading

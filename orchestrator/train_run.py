@@ -1,7 +1,7 @@
 """Driver side of one training run: Ray setup, the TorchTrainer, and its MLflow run.
 
-`progan train` calls `run_training`; each sweep trial calls `fit_train_run` from inside its Tune
-function trainable (Ray Train v2 runs Train inside Tune, never a Trainer passed to a Tuner).
+`progan train` calls `run_training`. Each sweep trial calls `fit_train_run` from inside its Tune
+function trainable, because Ray Train v2 no longer accepts a Trainer passed to a Tuner.
 """
 
 from __future__ import annotations
