@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -45,6 +46,9 @@ PRESETS: dict[str, dict[str, dict[int, float]]] = {
 }
 
 INITIAL_RESOLUTION = 4
+MAX_RESOLUTION = 8192
+MAX_FEATURES = 65536
+RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclasses.dataclass
@@ -249,12 +253,19 @@ def config_from_dict(data: dict, source: str | None = None) -> TrainConfig:
 def load_config(path: str | Path) -> TrainConfig:
     """Read a YAML config file into a validated, resolved TrainConfig."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError("config", f"{path} is a folder; give a YAML config file")
     if not path.is_file():
         raise ConfigError("config", f"file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError("config", f"{path} is not a UTF-8 text file") from None
     except yaml.YAMLError as error:
-        raise ConfigError("config", f"invalid YAML in {path}: {error}") from None
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ConfigError("config", f"invalid YAML in {path}{line}: {problem}") from None
     return config_from_dict(data or {}, source=str(path))
 
 
@@ -331,8 +342,12 @@ def _check(condition: bool, key: str, message: str) -> None:
 def validate_config(config: TrainConfig) -> None:
     """Raise ConfigError for the first invalid value, naming its dotted key and what is allowed."""
     model, schedule = config.model, config.schedule
-    _check(is_power_of_two(model.resolution) and model.resolution >= 8, "model.resolution",
-           f"must be a power of two of at least 8, got {model.resolution}")
+    _check(0 <= config.seed < 2**32, "seed", f"must be in [0, 2**32), got {config.seed}")
+    _check(is_power_of_two(model.resolution) and 8 <= model.resolution <= MAX_RESOLUTION, "model.resolution",
+           f"must be a power of two from 8 to {MAX_RESOLUTION}, got {model.resolution}")
+    _check(model.latent_size is None or model.latent_size <= MAX_FEATURES, "model.latent_size",
+           f"must be at most {MAX_FEATURES}, got {model.latent_size}")
+    _check(model.fmap_max <= MAX_FEATURES, "model.fmap_max", f"must be at most {MAX_FEATURES}, got {model.fmap_max}")
     _check(model.channels in (1, 3), "model.channels", f"must be 1 or 3, got {model.channels}")
     _check(model.latent_size is None or model.latent_size > 0, "model.latent_size",
            f"must be positive, got {model.latent_size}")
@@ -383,6 +398,9 @@ def validate_config(config: TrainConfig) -> None:
     _check(checkpoint.every_kimg > 0, "checkpoint.every_kimg", f"must be positive, got {checkpoint.every_kimg}")
     _check(checkpoint.keep_last >= 1, "checkpoint.keep_last", f"must be at least 1, got {checkpoint.keep_last}")
     _check(run.workers >= 1, "run.workers", f"must be at least 1, got {run.workers}")
+    _check(run.name == "" or (RUN_NAME_PATTERN.fullmatch(run.name) is not None and ".." not in run.name),
+           "run.name", f"{run.name!r} is not a valid run name; use letters, digits, '.', '_' and '-' "
+                       "(it names folders and storage prefixes)")
     _check(run.max_failures >= -1, "run.max_failures", f"must be -1 (unlimited) or more, got {run.max_failures}")
 
 

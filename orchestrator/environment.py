@@ -15,11 +15,13 @@ DEFAULT_STATE_DIR = ".progan"
 TRIAL_DRIVER_RESOURCE = "progan_trial_driver"
 LOCAL_TRIAL_DRIVER_SLOTS = 1000
 
-# Variables every Ray worker needs to reach MLflow and S3; sent through the job's runtime_env.
+# Variables that Ray workers on other nodes need to reach MLflow and S3, sent through the job's
+# runtime_env when joining a cluster. Secrets are left out on purpose: Ray writes the runtime_env to
+# its logs and shows it in the dashboard. A local Ray started here inherits this process's whole
+# environment, keys included; cluster nodes get keys from an instance profile or their own environment.
 FORWARDED_VARIABLES = (
-    "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-    "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
+    "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+    "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_EC2_METADATA_DISABLED",
     "PROGAN_STATE_DIR", "PROGAN_CACHE_DIR", "PROGAN_INCEPTION_WEIGHTS", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT",
 )
 
@@ -81,12 +83,25 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    env_vars = {key: os.environ[key] for key in FORWARDED_VARIABLES if key in os.environ}
     address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": True}
     if address is None:
-        kwargs.update(num_cpus=num_cpus, resources={TRIAL_DRIVER_RESOURCE: LOCAL_TRIAL_DRIVER_SLOTS})
-    ray.init(address=address, **kwargs)
+        # Local workers inherit this process's environment, so nothing goes through runtime_env.
+        ray.init(num_cpus=num_cpus, resources={TRIAL_DRIVER_RESOURCE: LOCAL_TRIAL_DRIVER_SLOTS},
+                 log_to_driver=True)
+        return
+    env_vars = {key: os.environ[key] for key in FORWARDED_VARIABLES if key in os.environ}
+    ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
+
+
+def require_tracking() -> str:
+    """Return the MLflow tracking URI, or raise UserError when neither the services nor a variable set one."""
+    from gan.errors import UserError
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise UserError(f"no MLflow tracking server: no env file in {state_dir()} and MLFLOW_TRACKING_URI is "
+                        "not set; run `progan services up` or set MLFLOW_TRACKING_URI")
+    return uri
 
 
 def trial_driver_resources() -> dict[str, float]:

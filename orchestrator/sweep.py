@@ -98,10 +98,11 @@ def run_segments(config, values: dict, sweep: dict, run_id: str, trial_id: str) 
         result = fit_train_run(config, name, run_id, until_kimg=until, init_checkpoint=init)
         kimg = float(result.metrics["kimg"])
         pointer = {"path": result.checkpoint.path, "kimg": kimg, "segment": segment, "values": values}
-        folder = Path(tempfile.mkdtemp(prefix="progan-pointer-"))
-        (folder / POINTER_FILE).write_text(json.dumps(pointer))
         metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
-        tune.report({**metrics, "segment": segment}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+        # tune.report persists the checkpoint folder before it returns, so the folder can go after it.
+        with tempfile.TemporaryDirectory(prefix="progan-pointer-") as folder:
+            (Path(folder) / POINTER_FILE).write_text(json.dumps(pointer))
+            tune.report({**metrics, "segment": segment}, checkpoint=tune.Checkpoint.from_directory(folder))
         init = result.checkpoint
         segment += 1
 
@@ -206,6 +207,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 
     spec = load_sweep(args.sweep)
     environment.load_environment()
+    environment.require_tracking()
     environment.absolutize_paths(spec.base)
     spec.base_data = apply_overrides(spec.base_data, {"data.path": spec.base.data.path})
     environment.init_ray(args.address)

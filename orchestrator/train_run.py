@@ -101,11 +101,8 @@ def run_training(config: TrainConfig, args: argparse.Namespace) -> int:
     """`progan train` without --dry-run: one Ray Train run tracked in MLflow; returns the exit code."""
     from orchestrator import tracking
 
-    if args.workers is not None:
-        config.run.workers = args.workers
-    if args.gpu:
-        config.run.gpu = True
     environment.load_environment()
+    environment.require_tracking()
     environment.absolutize_paths(config)
     environment.check_minibatch(config)
     environment.init_ray(args.address)
@@ -118,7 +115,11 @@ def run_training(config: TrainConfig, args: argparse.Namespace) -> int:
     except BaseException:
         tracking.end_run(run_id, "FAILED")
         raise
-    tracking.end_run(run_id, "FINISHED" if result.error is None else "FAILED")
+    try:
+        tracking.end_run(run_id, "FINISHED" if result.error is None else "FAILED")
+    except Exception as error:  # noqa: BLE001 - training is done; only the run's status is missing
+        sys.stderr.write(f"run {name}: training ended, but MLflow could not mark run {run_id} as ended "
+                         f"({type(error).__name__}); rerun the same command once MLflow answers\n")
     if result.error is not None:
         raise RuntimeError(f"run {name} failed: {result.error}")
 

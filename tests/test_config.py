@@ -103,3 +103,24 @@ def test_cli_dry_run_json_has_parameter_counts():
     assert summary["G_params"] == pytest.approx(23.08e6, rel=0.005)
     assert summary["D_params"] == pytest.approx(23.09e6, rel=0.005)
     assert summary["config"]["schedule"]["minibatch"]["1024"] == 32
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"run": {"name": "../escape"}}, "run.name"),
+    ({"run": {"name": "a/b"}}, "run.name"),
+    ({"seed": 2**40}, "seed"),
+    ({"model": {"resolution": 2**30}}, "model.resolution"),
+])
+def test_unsafe_values_rejected(data, key):
+    with pytest.raises(ConfigError) as raised:
+        config_from_dict(data)
+    assert str(raised.value).startswith(key + ":")
+
+
+def test_cli_yaml_error_is_one_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model:\n  resolution: [32\n")
+    result = run_cli("train", str(path), "--dry-run")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "invalid YAML" in result.stderr

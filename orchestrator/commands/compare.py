@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from orchestrator.compare import compare_sweep, print_comparison
 
     environment.load_environment()
+    environment.require_tracking()
     rows = compare_sweep(args.experiment, args.sweep_run_id, args.metric, args.at_kimg)
     print_comparison(rows, args.metric, args.output)
     return 0

@@ -80,7 +80,18 @@ def count_parameters(config) -> tuple[int, int]:
 def run(args: argparse.Namespace) -> int:
     from gan.config import config_to_dict
 
+    from gan.train import check_minibatch_split
+
     config = load_with_overrides(args.config, args.overrides)
+    if args.workers is not None:
+        if args.workers < 1:
+            from gan.errors import UserError
+
+            raise UserError(f"--workers must be at least 1, got {args.workers}")
+        config.run.workers = args.workers
+    if args.gpu:
+        config.run.gpu = True
+    check_minibatch_split(config, config.run.workers)
     if args.dry_run:
         g_params, d_params = count_parameters(config)
         summary = {"G_params": g_params, "D_params": d_params, "config": config_to_dict(config)}
