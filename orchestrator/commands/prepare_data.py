@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("source", metavar="SRC",
                         help="folder of images, .zip of images, builtin:lfw-faces, or celeba:IMG_DIR")
-    parser.add_argument("dest", metavar="DEST", help="dataset folder to create (a local path)")
+    parser.add_argument("dest", metavar="DEST", help="dataset to create: a local folder or s3://bucket/prefix")
     parser.add_argument("--resolution", type=int, default=None, metavar="R",
                         help="final resolution in pixels, a power of two >= 4 (default: the largest"
                              " power of two not above the median shorter side of the usable images;"
