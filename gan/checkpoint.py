@@ -49,9 +49,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def check_compatible(state: dict, config: TrainConfig, source: str = "checkpoint") -> None:
     """Raise CheckpointMismatchError when the checkpoint's networks differ from `config.model`."""
     saved = state["config"]["model"]
-    wanted = config_to_dict(config)["model"]
+    expected = config_to_dict(config)["model"]
     differences = [f"model.{key}: checkpoint {saved.get(key)!r}, config {value!r}"
-                   for key, value in wanted.items() if saved.get(key) != value]
+                   for key, value in expected.items() if saved.get(key) != value]
     if differences:
         raise CheckpointMismatchError(
             f"{source} was written for another model config ({'; '.join(differences)})")

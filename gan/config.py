@@ -53,7 +53,8 @@ RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 @dataclasses.dataclass
 class ModelConfig:
-    """Generator and discriminator shape; defaults are the paper's 1024x1024 networks."""
+    """Generator and discriminator shape. The defaults are the 1024x1024 networks of the official
+    ProGAN code (tkarras/progressive_growing_of_gans, networks.py)."""
 
     resolution: int = 1024
     channels: int = 3
@@ -68,7 +69,7 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    """Where the prepared multi-resolution dataset lives (local folder or s3://bucket/prefix)."""
+    """Location of the prepared multi-resolution dataset: a local folder or s3://bucket/prefix."""
 
     path: str = ""
     mirror: bool = True
@@ -138,7 +139,7 @@ class CheckpointConfig:
 
 @dataclasses.dataclass
 class RunConfig:
-    """Where and how a run executes; read by the orchestrator, ignored by gan/."""
+    """Execution settings of a run (workers, storage, MLflow experiment), read only by the orchestrator."""
 
     name: str = ""
     experiment: str = "progan"

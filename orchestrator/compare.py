@@ -67,12 +67,17 @@ def compare_sweep(experiment: str, sweep_run_id: str | None, metric: str, at_kim
         # the best value is taken over full-resolution evaluations only (lod = 0).
         full_resolution_steps = {step for step, lod in _history(client, child.info.run_id, "lod") if lod == 0}
         values = [v for step, v in history if step in full_resolution_steps and math.isfinite(v)]
-        best = (min(values) if mode == "min" else max(values)) if values else None
+        best = None
+        if values:
+            best = min(values) if mode == "min" else max(values)
         row = {"trial": child.info.run_name, "run_id": child.info.run_id}
         for key in searched:
             value = child.data.params.get(key)
-            hp = _history(client, child.info.run_id, f"hp/{key}")
-            row[key] = value if value is not None else (hp[-1][1] if hp else None)
+            if value is None:
+                # PBT-mutated keys are logged as hp/<key> metrics; show the latest value.
+                mutated = _history(client, child.info.run_id, f"hp/{key}")
+                value = mutated[-1][1] if mutated else None
+            row[key] = value
         row.update({"kimg": child.data.metrics.get("kimg"), best_key: best,
                     last_key: history[-1][1] if history else None, "status": child.info.status})
         if at_kimg is not None:

@@ -46,7 +46,7 @@ def _format_cell(value: Any) -> str:
 
 
 def stderr_console():
-    """A rich console on stderr for progress bars and status lines."""
+    """Return a rich console on stderr for progress bars and status lines."""
     from rich.console import Console
 
     return Console(file=sys.stderr)

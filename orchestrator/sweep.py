@@ -3,8 +3,8 @@
 Ray Train v2 cannot be passed to a Tuner, so every trial is a Tune function trainable (`trial_main`)
 that starts a TorchTrainer. With ASHA, Train's reports reach Tune through TuneReportCallback.
 
-PBT hand-over: Tune never sees a Train checkpoint, so a PBT trial runs its training in segments that
-end at resolution-phase boundaries (each fade-in start and each stabilization start). After each
+PBT hand-over: Tune never receives a Train checkpoint. So a PBT trial runs its training in segments
+that end at resolution-phase boundaries (each fade-in start and each stabilization start). After each
 segment the trial reports to Tune with a small Tune checkpoint holding a pointer to the segment's
 Train checkpoint. When PBT exploits, the lagging trial restarts with the donor's pointer and its own
 mutated config: the next segment's Train run loads the donor's state, and the trainer re-derives the
@@ -145,8 +145,8 @@ def build_scheduler(spec: SweepSpec):
 def max_concurrent(spec: SweepSpec) -> int | None:
     """Return how many trials fit the cluster at once (GPUs, else CPUs, over each trial's need).
 
-    An autoscaling cluster may have no GPU node yet; then the limit is left to Tune (None), and the
-    waiting trial drivers hold only their small driver resource.
+    An autoscaling cluster may have no GPU node yet. Then the limit is left to Tune (None), because
+    the waiting trial drivers reserve only their small driver resource.
     """
     import ray
 
@@ -244,7 +244,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         )
     if args.output == "json":
         # Tune prints its experiment table to stdout even when silent, and Ray forwards what trial
-        # processes print there too; stdout must carry only the JSON result.
+        # processes print there too. Stdout must carry only the JSON result.
         with contextlib.redirect_stdout(sys.stderr):
             results = tuner.fit()
     else:

@@ -52,7 +52,7 @@ def client_and_children(experiment):
     return client, parent, children
 
 
-def test_two_trial_sweep_nests_runs_and_compare_orders_them(ray_2_cpus, faces_in_s3, tmp_path, capsys):
+def test_sweep_nests_runs_and_ranks(ray_2_cpus, faces_in_s3, tmp_path, capsys):
     from orchestrator.sweep import run_sweep
 
     path = write_files(tmp_path, faces_in_s3, "test-sweep", 3,

@@ -44,7 +44,7 @@ def mlflow_run(name):
     return client, runs[0]
 
 
-def test_two_worker_run_reaches_kimg_with_metrics_and_artifacts(ray_2_cpus, faces_in_s3, capsys):
+def test_two_worker_run_logs_everything(ray_2_cpus, faces_in_s3, capsys):
     config = tiny_config(faces_in_s3, "two-workers")
     assert run_training(config, train_args()) == 0
     summary = json.loads(capsys.readouterr().out)

@@ -89,7 +89,7 @@ def test_adam_moments_reset_at_phase_boundary(tiny_dataset):
     assert steps_after <= trainer.config.schedule.minibatch_repeats
 
 
-def test_lr_in_force_follows_config_after_loading_old_state(tiny_dataset):
+def test_loaded_state_keeps_config_lr(tiny_dataset):
     trainer = Trainer(tiny_config(), tiny_dataset)
     for _ in range(5):
         trainer.train_step()
@@ -152,7 +152,7 @@ def test_gradient_penalty_full_norm_equals_official_full_resolution():
 
     loss = discriminator_loss(discriminator, reals, fakes, lod, config.loss, scale,
                               torch.Generator().manual_seed(3))
-    # Independent computation: the official D sees 16x16 nearest-upsampled images and box-pools them.
+    # Independent computation: the official D receives 16x16 nearest-upsampled images and box-pools them.
     u = torch.rand(4, 1, 1, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float32).double()
     mixed_full = F.interpolate(reals + u * (fakes - reals), scale_factor=2, mode="nearest")
     mixed_full.requires_grad_(True)

@@ -62,7 +62,8 @@ def laplacian_levels(images: Tensor, num_levels: int, requested: Iterable[int]) 
     """
     requested = sorted(set(requested))
     assert requested, "no pyramid level requested"
-    assert 0 <= requested[0] and requested[-1] < num_levels, f"levels {requested} of {num_levels}"
+    assert requested[0] >= 0, f"negative pyramid level in {requested}"
+    assert requested[-1] < num_levels, f"pyramid levels {requested} exceed the {num_levels} available"
     gaussians = [images]
     for _ in range(min(requested[-1] + 1, num_levels - 1)):
         gaussians.append(pyr_down(gaussians[-1]))

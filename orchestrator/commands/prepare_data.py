@@ -100,7 +100,7 @@ def _prepare_to_s3(args: argparse.Namespace, prepare_dataset) -> Any:
     environment.load_environment()
     manifest_uri = storage.parse_s3_uri(args.dest).join(MANIFEST_NAME).uri
     if storage.exists(manifest_uri) and not args.overwrite:
-        raise UserError(f"{args.dest} already holds a dataset; pass --overwrite to replace it")
+        raise UserError(f"{args.dest} already contains a dataset; use --overwrite to replace it")
     with tempfile.TemporaryDirectory(prefix="progan-prepare-") as folder:
         local = Path(folder) / "dataset"
         report = prepare_dataset(args.source, local, resolution=args.resolution, channels=args.channels,
