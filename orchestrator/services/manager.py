@@ -43,6 +43,10 @@ def up(state_dir: str | os.PathLike | None = None, *, timeout_s: float = UP_TIME
 
     Then create the buckets and write STATE/env. Returns the status report plus `started`, the
     list of services that this call started.
+
+    NOTE: after a restart on existing data, SeaweedFS can answer reads of old objects with
+    InternalError for a few seconds, until its volume server has re-registered; boto3 retries cover
+    most of that window but not all of it on a loaded machine.
     """
     paths = StatePaths.resolve(state_dir)
     paths.create()
